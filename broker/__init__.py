@@ -1,0 +1,1 @@
+"""Hardened embedded MQTT broker: amqtt with the fixes listed in DESIGN.md section 4."""

@@ -1,0 +1,1 @@
+"""cloud_app (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""detector_node (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""edge_node (built in a later issue)."""
