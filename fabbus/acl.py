@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabbus.errors import ConfigError
-from fabbus.topics import Contract, Role, Topic, contract
+from fabbus.topics import ID_RE, Contract, Role, Topic, contract
 
 READ, WRITE = "read", "write"
 _ACCESS = {"read": {READ}, "write": {WRITE}, "readwrite": {READ, WRITE}, "deny": set()}
@@ -56,7 +56,9 @@ def generate(cloud_users: list[str], c: Contract | None = None) -> str:
 def username_for(role: str, c: Contract | None = None, **ids: str) -> str:
     """The username a scoped node authenticates with: its scope below the prefix."""
     c = c or contract()
-    r = c.roles[role]
+    r = c.roles.get(role)
+    if r is None:
+        raise ConfigError(f"unknown role {role!r} (known: {sorted(c.roles)})")
     if r.scope is None:
         raise ConfigError(f"role {role!r} has no scope; cloud usernames are configured")
     prefix_len = len(c.prefix.split("/"))
@@ -66,6 +68,9 @@ def username_for(role: str, c: Contract | None = None, **ids: str) -> str:
             key = lvl[1:-1]
             if key not in ids:
                 raise ConfigError(f"username for role {role!r} needs id {key!r}")
+            if not isinstance(ids[key], str) or not ID_RE.match(ids[key]):
+                # an id with '/' would move the node into another scope, '+'/'#' would void its grants
+                raise ConfigError(f"username for role {role!r}: {key}={ids[key]!r} is not a valid id")
             out.append(ids[key])
         else:
             out.append(lvl)
@@ -138,7 +143,7 @@ class AclFile:
                 current = acl.users.setdefault(rest, [])
             elif word in ("topic", "pattern"):
                 access_word, _, topic = rest.partition(" ")
-                if access_word in _ACCESS and topic.strip():
+                if access_word in _ACCESS:  # as Mosquitto: "topic read" is an empty topic, not topic "read"
                     access, topic = access_word, topic.strip()
                 else:
                     access, topic = "readwrite", rest
@@ -160,8 +165,8 @@ class AclFile:
 
     def _rules(self, username: str | None, client_id: str) -> list[_Rule]:
         rules = list(self.general) if username is None else list(self.users.get(username, []))
-        if username is not None and ("+" in username or "#" in username):
-            return rules  # Mosquitto refuses pattern substitution for such usernames
+        if any(ch in (username or "") or ch in client_id for ch in "+#"):
+            return rules  # Mosquitto refuses every pattern to a username or client id with '+' or '#'
         for r in self.patterns:
             topic = r.topic
             if "%u" in topic:

@@ -9,14 +9,16 @@ boundary with :func:`decode` and drop duplicate ids (QoS 1 is at-least-once).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 import uuid
 from collections import OrderedDict
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, WithJsonSchema
 
 from fabbus.errors import MessageError
 from fabbus.training_config import TrainingConfig
@@ -27,7 +29,28 @@ _ID = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are not JSON (RFC 8259): refuse them where they are made.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _b64_in(value: Any) -> bytes:
+    """Raw bytes from Python code as they are; base64 text (the wire form) decoded strictly."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"invalid base64: {exc}") from None
+    raise ValueError(f"expected base64 text or bytes, got {type(value).__name__}")
+
+
+Base64Data = Annotated[
+    bytes,
+    PlainValidator(_b64_in),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "description": "standard base64 (RFC 4648)"}),
+]
 
 
 class TaskState(str, Enum):
@@ -175,7 +198,7 @@ class ModelChunk(Body):
     model: str
     index: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    data: Base64Bytes
+    data: Base64Data
 
 
 class ChunkRequest(Body):
@@ -291,9 +314,15 @@ def decode(payload: bytes, allowed: tuple[str, ...] | None = None, *, max_bytes:
     if len(payload) > max_bytes:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = str(payload, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"not UTF-8: {exc}") from None
+    try:
+        raw = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
         raise MessageError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("not JSON: nested too deeply") from None
     try:
         env = Envelope.model_validate(raw)
     except ValidationError as exc:
@@ -308,6 +337,10 @@ def decode(payload: bytes, allowed: tuple[str, ...] | None = None, *, max_bytes:
     except ValidationError as exc:
         raise MessageError(f"bad {env.type} body: {_errors(exc)}") from None
     return Message(type=env.type, id=env.id, correlation_id=env.correlation_id, ts=env.ts, sender=env.sender, body=body)
+
+
+def _no_constant(name: str) -> Any:
+    raise MessageError(f"not JSON: {name} is not a JSON value")
 
 
 def _errors(exc: ValidationError) -> str:

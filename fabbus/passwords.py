@@ -1,5 +1,7 @@
 """Password files in Mosquitto's format (``user:$7$iterations$salt$hash``, PBKDF2-SHA512).
 
+Legacy ``$6$salt$hash`` entries (Mosquitto 1.x, ``mosquitto_passwd -H sha512``) are verified too.
+
 The same file serves the embedded broker and Mosquitto's ``password_file``.
 """
 
@@ -15,6 +17,7 @@ from fabbus.errors import ConfigError
 
 DEFAULT_ITERATIONS = 101  # Mosquitto's own default; passwords here are random machine tokens
 _SALT_BYTES = 12
+_MAX_ITERATIONS = 10_000_000
 
 
 def hash_password(password: str, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None) -> str:
@@ -24,18 +27,34 @@ def hash_password(password: str, *, iterations: int = DEFAULT_ITERATIONS, salt: 
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    """Check a password against a ``$7$`` hash; False for any malformed hash."""
+    """Check a password against a ``$7$`` (PBKDF2-SHA512) or legacy ``$6$`` (salted SHA512) hash.
+
+    False for any malformed hash, never an exception.
+    """
     parts = encoded.split("$")
-    if len(parts) != 5 or parts[1] != "7":
-        return False
     try:
-        iterations = int(parts[2])
-        salt = base64.b64decode(parts[3], validate=True)
-        expected = base64.b64decode(parts[4], validate=True)
-    except ValueError:
+        if len(parts) == 5 and parts[:2] == ["", "7"]:
+            iterations = int(parts[2])
+            if not 1 <= iterations <= _MAX_ITERATIONS:
+                return False
+            salt = base64.b64decode(parts[3], validate=True)
+            expected = base64.b64decode(parts[4], validate=True)
+            digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+        elif len(parts) == 4 and parts[:2] == ["", "6"]:
+            # Mosquitto 1.x and `mosquitto_passwd -H sha512`: sha512(password + salt)
+            salt = base64.b64decode(parts[2], validate=True)
+            expected = base64.b64decode(parts[3], validate=True)
+            digest = hashlib.sha512(password.encode() + salt).digest()
+        else:
+            return False
+    except ValueError:  # bad number, bad base64, unencodable password
         return False
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
     return hmac.compare_digest(digest, expected)
+
+
+def _well_formed(encoded: str) -> bool:
+    return (encoded.startswith("$7$") and encoded.count("$") == 4) or (
+        encoded.startswith("$6$") and encoded.count("$") == 3)
 
 
 def read_password_file(path: str | Path) -> dict[str, str]:
@@ -50,8 +69,8 @@ def read_password_file(path: str | Path) -> dict[str, str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        user, sep, encoded = line.rpartition(":")
-        if not sep or not user or not encoded.startswith("$7$") or encoded.count("$") != 4:
+        user, sep, encoded = line.partition(":")  # Mosquitto splits at the first ':'
+        if not sep or not user or not _well_formed(encoded):
             raise ConfigError(f"{p}:{n}: expected 'username:$7$iterations$salt$hash'")
         users[user] = encoded
     return users

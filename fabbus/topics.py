@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def parse(data: Any, path: Path, message_types: set[str] | None = None) -> Contr
     try:
         spec = _ContractSpec.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
         raise ContractError(f"{path}: invalid contract:\n  " + "\n  ".join(lines)) from None
     if message_types is None:
         from fabbus.messages import MESSAGE_TYPES
@@ -210,6 +211,8 @@ def parse(data: Any, path: Path, message_types: set[str] | None = None) -> Contr
     for name, r in spec.roles.items():
         if r.scope is not None:
             _check_pattern(errors, f"roles.{name}.scope", r.scope, spec.placeholders)
+            if not r.scope.startswith(spec.prefix + "/"):
+                _err(errors, f"roles.{name}.scope", f"must start with the prefix {spec.prefix + '/'!r}")
         roles[name] = Role(name, r.description, r.scope)
     topics: dict[str, Topic] = {}
     for name, t in spec.topics.items():
@@ -238,11 +241,27 @@ def parse(data: Any, path: Path, message_types: set[str] | None = None) -> Contr
     return Contract(spec.version, spec.prefix, dict(spec.placeholders), roles, topics, path)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate mapping keys (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Contract:
     """Load and validate a topics.yaml file."""
     p = Path(path) if path else Path(os.environ.get("FAB_TOPICS", DEFAULT_PATH))
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except OSError as exc:
         raise ContractError(f"{p}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -1,0 +1,1 @@
+"""`make demo`: the system on embedded defaults, on one machine."""
