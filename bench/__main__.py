@@ -12,6 +12,8 @@ import sys
 
 BENCHES = {
     "broker": "bench.broker_bench",
+    "transfer": "bench.transfer_bench",
+    "detector": "bench.detector_bench",
 }
 
 

@@ -38,6 +38,7 @@ class BrokerConfig(_Cfg):
     keepalive_factor: float = Field(default=1.5, ge=1.0, le=10.0, description="a client silent for factor x keep-alive is dropped")
     max_packet_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_queued_messages: int = Field(default=10_000, ge=1, description="per offline persistent session")
+    max_inflight_messages: int = Field(default=20, ge=1, le=65535, description="unacknowledged QoS 1/2 messages per client (Mosquitto's default)")
     auth_workers: int = Field(default=4, ge=1, le=64, description="threads verifying passwords off the event loop")
 
     @model_validator(mode="after")

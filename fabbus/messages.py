@@ -245,6 +245,8 @@ class DetectorStatus(Body):
     latency_ms_p50: float | None = None
     latency_ms_p99: float | None = None
     active_models: dict[str, ActiveModel] = Field(default_factory=dict)
+    counters: dict[str, int] = Field(default_factory=dict, description="the station's other counters: triggers, "
+                                     "late, no_model, unknown_brand, errors, rolled_back, history_dropped, ...")
 
 
 class ErrorReport(Body):

@@ -81,6 +81,8 @@ class FineTuneConfig(_Cfg):
 class TrainingConfig(_Cfg):
     classes: list[str] = Field(min_length=2, description="class names; the first is the good (OK) class")
     architecture: Literal["small_cnn", "mobilenet_v2", "efficientnet_b0"] = "small_cnn"
+    alpha: float = Field(default=1.0, ge=0.1, le=1.4,
+                         description="width multiplier of mobilenet_v2 (Keras alpha; 0.35 is tiny); 1.0 elsewhere")
     input_size: int = Field(default=64, ge=32, le=512)
     epochs: int = Field(default=5, ge=1, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
@@ -101,6 +103,8 @@ class TrainingConfig(_Cfg):
             unknown = sorted(set(weights) - set(self.classes))
             if unknown:
                 raise ValueError(f"class_weights name unknown classes {unknown}")
+        if self.alpha != 1.0 and self.architecture != "mobilenet_v2":
+            raise ValueError(f"alpha (width multiplier) applies to mobilenet_v2 only, not {self.architecture}")
         if self.fine_tune.enabled and self.architecture == "small_cnn":
             raise ValueError("fine_tune needs a pretrained base: architecture mobilenet_v2 or efficientnet_b0")
         return self
