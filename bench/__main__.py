@@ -14,6 +14,7 @@ BENCHES = {
     "broker": "bench.broker_bench",
     "transfer": "bench.transfer_bench",
     "detector": "bench.detector_bench",
+    "training": "bench.training_bench",
 }
 
 
