@@ -15,6 +15,7 @@ BENCHES = {
     "transfer": "bench.transfer_bench",
     "detector": "bench.detector_bench",
     "training": "bench.training_bench",
+    "cloud": "bench.cloud_bench",
 }
 
 
