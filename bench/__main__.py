@@ -16,6 +16,7 @@ BENCHES = {
     "detector": "bench.detector_bench",
     "training": "bench.training_bench",
     "cloud": "bench.cloud_bench",
+    "edge": "bench.edge_bench",
 }
 
 
