@@ -31,7 +31,7 @@ from edge_node.services import Services
 from edge_node.task_store import TaskRecord
 from edge_node.tasks import Job, TaskFailed, TaskRunner, TaskStopped
 from edge_node.train_task import run_train
-from fabbus.client import BrokerUnreachable, BusClient, ReceivedMessage
+from fabbus.client import BrokerUnreachable, BusClient, InvalidMessage, ReceivedMessage
 from fabbus.messages import (
     CancelCommand,
     DeployCommand,
@@ -40,6 +40,7 @@ from fabbus.messages import (
     TaskStatus,
     TrainCommand,
 )
+from fabbus.topics import ID_RE
 from fabbus.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class EdgeNode:
 
     def start(self) -> EdgeNode:
         s, c = self.services, self.client
-        c.subscribe("edge_command", self.on_edge_command)
+        c.subscribe("edge_command", self.on_edge_command, on_invalid=self.on_invalid_edge_command)
         c.subscribe("model_upload_request", s.uploads.on_model_upload_request)
         c.subscribe("model_upload_result", s.uploads.on_model_upload_result)
         c.subscribe("model_fetch_manifest", s.fetches.on_model_fetch_manifest)
@@ -104,6 +105,18 @@ class EdgeNode:
                 self._cancel(body)
             else:
                 self._receive(body)  # type: ignore[arg-type]
+
+    def on_invalid_edge_command(self, bad: InvalidMessage) -> None:
+        """A command that failed validation: REJECTED with the reason when it names a new task, else reported."""
+        kind = _KINDS.get(bad.type)
+        task = bad.correlation_id
+        with self._lock:
+            if kind in ("train", "deploy") and task and ID_RE.match(task) and self.store.get(task) is None:
+                reason = f"invalid {bad.type}: {bad.reason}"
+                self._publish(TaskRecord(task, kind, None, TaskState.REJECTED, reason))  # not kept: may come back
+            else:
+                self._error("invalid_command", f"invalid {bad.type or 'message'} from {bad.sender!r}: {bad.reason}",
+                            task=task)
 
     def _receive(self, cmd: TrainCommand | DeployCommand) -> None:
         kind = "train" if isinstance(cmd, TrainCommand) else "deploy"
@@ -217,6 +230,9 @@ class EdgeNode:
         log.warning("%s: %s", code, message)
         self.client.publish("edge_error", ErrorReport(code=code, message=message[:1000], topic="edge_command",
                                                       detail=detail))
+
+
+_KINDS = {"TrainCommand": "train", "DeployCommand": "deploy", "CancelCommand": "cancel"}
 
 
 def _command(record: TaskRecord) -> TrainCommand | DeployCommand:

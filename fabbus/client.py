@@ -42,13 +42,13 @@ from fabbus.acks import (CLOSED, AckTracker, AuthenticationError, BrokerUnreacha
                          SubscribeRefused, Subscription, refusal, unreachable)
 from fabbus.errors import ContractError, DeliveryTimeout, MessageError, NotConnectedError
 from fabbus.identity import NodeIdentity
-from fabbus.inbound import Counters, Dispatcher, Handler, ReceivedMessage, Route
+from fabbus.inbound import Counters, Dispatcher, Handler, InvalidHandler, InvalidMessage, ReceivedMessage, Route
 from fabbus.messages import Body, encode
 from fabbus.mqtt_config import MqttConfig
 from fabbus.topics import Contract, Topic
 
-__all__ = ["AuthenticationError", "BrokerUnreachable", "BusClient", "ConnectRefused", "Delivery", "MqttConfig",
-           "ReceivedMessage", "SubscribeRefused", "Subscription"]
+__all__ = ["AuthenticationError", "BrokerUnreachable", "BusClient", "ConnectRefused", "Delivery", "InvalidMessage",
+           "MqttConfig", "ReceivedMessage", "SubscribeRefused", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -223,15 +223,18 @@ class BusClient:
 
     # ---- subscribe
 
-    def subscribe(self, topic_name: str, handler: Handler, **ids: str) -> Subscription:
+    def subscribe(self, topic_name: str, handler: Handler, *, on_invalid: InvalidHandler | None = None,
+                  **ids: str) -> Subscription:
         """Call ``handler(ReceivedMessage)`` for each valid message on a contract topic.
 
         Ids not given become '+' wildcards, except the node's own scope ids (defaults).
+        ``on_invalid(InvalidMessage)`` is called for a readable envelope whose type or
+        body is invalid (after it is logged and counted), so the receiver can answer.
         The subscription is renewed on every reconnect. ContractError if the role may not subscribe.
         """
         topic = self.contract.topic(topic_name)
         self.identity.check(topic, "subscribe")
-        route = Route(topic, topic.filter(**self.identity.topic_ids(topic, ids)), handler)
+        route = Route(topic, topic.filter(**self.identity.topic_ids(topic, ids)), handler, on_invalid=on_invalid)
         with self._lock:
             self._dispatcher.add(route)
             connected = self._connected

@@ -9,6 +9,8 @@ on its worker thread or inline, and never lets an exception escape.
 
 from __future__ import annotations
 
+import json
+
 import logging
 import queue
 import threading
@@ -112,6 +114,36 @@ class Counters:
 Handler = Callable[[ReceivedMessage], None]
 
 
+@dataclass(frozen=True)
+class InvalidMessage:
+    """A message in a readable envelope whose type or body failed validation.
+
+    Given to a subscription's ``on_invalid`` callback (after it was logged and
+    counted), so that a receiver can answer the sender, e.g. an edge REJECTING a
+    command whose training configuration is invalid, with the precise reason.
+    """
+
+    topic_name: str
+    ids: dict[str, str]
+    topic: str
+    type: str                # the envelope's type, as sent
+    correlation_id: str | None
+    sender: str
+    reason: str              # the validation error
+
+
+InvalidHandler = Callable[[InvalidMessage], None]
+
+
+def _envelope_of(payload: bytes) -> dict[str, Any] | None:
+    """The envelope fields of a payload that is a JSON object, else None (only for on_invalid)."""
+    try:
+        raw = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
 @dataclass
 class Route:
     """One subscription: a contract topic, its filter and the handler."""
@@ -120,6 +152,7 @@ class Route:
     filter: str
     handler: Handler
     pending: Pending = field(default_factory=Pending)  # the first SUBACK
+    on_invalid: InvalidHandler | None = None
 
 
 class Dispatcher:
@@ -180,6 +213,22 @@ class Dispatcher:
         finally:
             self._done(msg, generation)
 
+    def _report_invalid(self, routes: list[Route], ids: dict[str, str], raw_topic: str, payload: bytes,
+                        reason: str) -> None:
+        listeners = [r.on_invalid for r in routes if r.on_invalid is not None]
+        env = _envelope_of(payload) if listeners else None
+        if env is None:
+            return
+        corr = env.get("correlation_id")
+        invalid = InvalidMessage(routes[0].topic.name, ids, raw_topic, str(env.get("type", "")),
+                                 corr if isinstance(corr, str) else None, str(env.get("sender", "")), reason)
+        for on_invalid in listeners:
+            try:
+                on_invalid(invalid)
+            except Exception:  # boundary: like a handler
+                self.counters.inc("handler_error")
+                log.exception("on_invalid callback failed on %s", raw_topic)
+
     def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
         try:
@@ -205,6 +254,8 @@ class Dispatcher:
         except Dropped as drop:
             self.counters.inc(drop.reason)
             log.warning("dropped a message on %s: %s; payload %s", raw_topic, drop, truncate(payload))
+            if drop.reason in ("invalid", "wrong_type") and ids is not None:
+                self._report_invalid(routes, ids, raw_topic, payload, drop.detail)
             return
         received = ReceivedMessage(routes[0].topic.name, ids, message, raw_topic, msg.qos, bool(msg.retain))
         for route in routes:

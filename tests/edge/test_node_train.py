@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+import time
 
 from edge_support import TF_WARNINGS
 from helpers import CLOUD, connect
@@ -26,6 +27,7 @@ from fabbus.messages import (
     TrainingProgress,
 )
 from fabbus.model_bundle import read_bundle, sha256_file
+from fabbus.topics import contract
 
 pytestmark = TF_WARNINGS
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -186,6 +188,17 @@ def test_bad_input_is_refused_with_a_precise_reason_and_the_edge_keeps_serving(b
             for task, (_, reason) in rejected.items():
                 status = cloud.wait_state(task, "REJECTED")
                 assert status.reason == reason and status.kind == "train"
+
+            # a command whose body fails the schema (epochs 0, as a hand-written script might send) is REJECTED too
+            bad = train("r6").model_dump(mode="json")
+            bad["config"]["epochs"] = 0
+            envelope = {"schema": 1, "type": "TrainCommand", "id": "bad-r6", "correlation_id": "r6",
+                        "ts": time.time(), "sender": "integrator", "body": bad}
+            with connect(broker, CLOUD) as raw:
+                raw.publish(contract().topic("edge_command").format(site="s1", line="l1"), json.dumps(envelope), qos=1)
+            status = cloud.wait_state("r6", "REJECTED")
+            assert status.kind == "train" and status.reason == (
+                "invalid TrainCommand: bad TrainCommand body: config.epochs: Input should be greater than or equal to 1")
 
             failing = [
                 (train("f1", detectors=["d1", "d3"]), f"detector d3 at {urls['d3']} is unreachable: "),
