@@ -17,6 +17,7 @@ BENCHES = {
     "training": "bench.training_bench",
     "cloud": "bench.cloud_bench",
     "edge": "bench.edge_bench",
+    "scale": "bench.scale_bench",
 }
 
 
