@@ -26,6 +26,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m demo $(ARGS)
 
+.PHONY: scenario
+scenario: $(STAMP)
+	$(BIN)/python -m demo.scenario $(ARGS)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 

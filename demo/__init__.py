@@ -1,1 +1,2 @@
-"""`make demo`: the system on embedded defaults, on one machine."""
+"""The whole factory on one machine: ``python -m demo`` (``make demo``), ``python -m demo.scenario``
+(``make scenario``), and ``demo.factory.Factory`` for tests and fault injection."""

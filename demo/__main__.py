@@ -1,9 +1,15 @@
-"""Run the system on embedded defaults: ``python -m demo`` (``make demo``).
+"""Run the whole simulated factory: ``python -m demo`` (``make demo``).
 
-Today it brings up the embedded broker with generated credentials and ACL, the
-nodes of a two-line plant announcing themselves on the bus (birth and last will),
-and a cloud-side bus monitor that prints every message it receives. The cloud app,
-edge and detector processes join it as they are built.
+It starts, as separate processes: the broker, the cloud app (web, huey worker, bus
+listener), and two lines ("plant1/line1", "plant1/line2"), each with an edge server
+and two detectors ("cam1", "cam2") inspecting simulated products and building up
+their image history. It prints the dashboard URL and a login, and runs until Ctrl-C
+(or SIGTERM, or --duration), then stops every process it started.
+
+Embedded defaults: the embedded broker (port 1884 if free), SQLite, SQLite-backed huey.
+--external: Mosquitto started here on a free port, Redis and a fresh PostgreSQL database
+(dropped at exit) on this machine; or name each service with --broker-url,
+--redis-url and --database-url. Logs, configs and credentials are in --workdir.
 """
 
 from __future__ import annotations
@@ -14,76 +20,80 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
-from broker.harness import BrokerProcess, free_port
-from demo.fleet import CLOUD_USERS, credentials, plant
-from fabbus.client import BusClient, MqttConfig, ReceivedMessage
-
-log = logging.getLogger("demo")
+from demo.factory import Factory
+from demo.options import add_arguments, from_args
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path("var/demo"), help="state, logs and credentials (var/demo)")
-    p.add_argument("--port", type=int, default=0, help="broker port (default: 1884 if free, else any free port)")
+    add_arguments(p)
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--prepare", action="store_true",
+                   help="write the configs, credentials and broker files into --workdir, start nothing")
+    p.add_argument("--verbose", action="store_true", help="log the factory's own steps")
     return p.parse_args(argv)
 
 
-def _port(wanted: int) -> int:
-    if wanted:
-        return wanted
-    try:
-        import socket
+def _banner(f: Factory) -> str:
+    info = f.info()
+    lines = [
+        "",
+        f"  dashboard   {f.url}",
+        f"  login       {f.admin_user} / {f.admin_password}",
+        f"  API token   in {info['secrets']} (api_token); send it as 'Authorization: Bearer <token>'",
+        f"  broker      mqtt://{info['mqtt']['host']}:{info['mqtt']['port']}  ({f.options.mode})",
+        "  lines       " + ", ".join(f"{f.plant.site}/{ln} ({', '.join(d)})" for ln, d in info["lines"].items()),
+        f"  logs        {info['logs']}/<process>.log",
+        "",
+        "  Train a model on a line's history from the dashboard (Train), watch it, then deploy it (Deploy).",
+        "  Scripted: python -m demo.scenario --attach " + str(f.workdir) + "   Ctrl-C stops the factory.",
+        "",
+    ]
+    return "\n".join(lines)
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 1884))
-        return 1884
-    except OSError:
-        return free_port()
 
-
-def _monitor(msg: ReceivedMessage) -> None:
-    body = msg.message.body
-    print(f"{time.strftime('%H:%M:%S')}  {msg.topic_name:<16} {msg.topic:<44} {type(body).__name__} "
-          f"{body.model_dump_json(exclude_defaults=True)[:120]}", flush=True)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: wherever the main thread is, it goes on to stop the factory
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    nodes = plant()
-    users = credentials(args.workdir / "credentials.json", nodes)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    broker = BrokerProcess("embedded", args.workdir / "broker", users, list(CLOUD_USERS), port=_port(args.port))
-    clients: list[BusClient] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):   # SIGINT too: a shell may start us with it ignored
+        signal.signal(sig, _interrupt)
     try:
-        broker.start()
-        print(f"broker      mqtt://{broker.host}:{broker.port}  (embedded amqtt, log {broker.log_path})")
-        print(f"credentials {args.workdir / 'credentials.json'}  (cloud user: cloud)")
-        monitor = BusClient(MqttConfig(port=broker.port, username="cloud", password=users["cloud"]),
-                            "cloud", {"node": "demo-monitor"})
-        for name in ("cloud_state", "edge_state", "detector_state", "task_status", "task_progress",
-                     "delivery_status", "detector_status", "edge_error", "detector_error"):
-            monitor.subscribe(name, _monitor)
-        clients.append(monitor.connect())
-        for node in nodes[1:]:
-            c = BusClient(MqttConfig(port=broker.port, password=users[node.username]), node.role, node.ids)
-            clients.append(c.connect())
-        print("the plant is up; Ctrl-C stops it\n")
+        opts = from_args(args)
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    factory = Factory(opts)
+    if args.prepare:
+        factory.prepare()
+        print(f"written: {factory.workdir}/config/*.yaml, {factory.workdir}/secrets.json (mode 0600), "
+              f"{factory.workdir}/broker/passwd and acl")
+        return 0
+    print(f"starting the factory in {factory.workdir} ({opts.mode}); this takes a minute...", flush=True)
+    t0 = time.monotonic()
+    try:
+        factory.start()
+        print(f"the factory is up after {time.monotonic() - t0:.0f} s", flush=True)
+        print(_banner(factory), flush=True)
         stop.wait(args.duration or None)
     except KeyboardInterrupt:
         pass
-    except Exception as exc:  # boundary: the CLI
+    except Exception as exc:  # noqa: BLE001 (boundary: the CLI)
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        for c in reversed(clients):
-            c.close()
-        broker.stop()
+        print("stopping...", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):   # a second Ctrl-C must not leave orphans behind
+            signal.signal(sig, signal.SIG_IGN)
+        factory.stop()
+        print("stopped", flush=True)
     return 0
 
 
