@@ -126,11 +126,17 @@ def _nul_paths(value: Any, path: str) -> list[str]:
 
 
 def reject_nul() -> None:
-    """Before every request: NUL characters in the query string or a form are refused (400)."""
+    """Before every request: NUL characters in the query string or a form are refused.
+
+    The API answers 422 (a validation error, as documented for its query parameters);
+    dashboard pages answer 400.
+    """
+    api = request.path.startswith("/api/")
     for source in (request.args, request.form if request.method == "POST" else {}):
         for key, value in source.items(multi=True) if source else ():
             if "\x00" in key or "\x00" in value:
-                raise ApiError(400, f"{key[:40]!r} must not contain NUL characters", error="bad_request",
+                raise ApiError(422 if api else 400, f"{key[:40]!r} must not contain NUL characters",
+                               error="validation_error" if api else "bad_request",
                                fields={key.replace("\x00", ""): "must not contain NUL characters"})
 
 
