@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fabbus.errors import ConfigError
+from fabbus.config_file import load_config_file
 
 
 class _Cfg(BaseModel):
@@ -63,27 +62,6 @@ class BrokerConfig(_Cfg):
         return data
 
 
-def format_errors(path: Path | str, exc: ValidationError) -> str:
-    """One line per bad key: ``file: key.path: what is wrong``."""
-    lines = []
-    for e in exc.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"{path}: {key}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def load_config(path: str | Path) -> BrokerConfig:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: <root>: expected a mapping")
-    try:
-        cfg = BrokerConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(p, exc)) from None
-    return cfg.resolve(p.resolve().parent)
+    return load_config_file(p, BrokerConfig)

@@ -20,10 +20,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from fabbus.errors import ConfigError
+from fabbus.config_file import load_config_file
 from fabbus.mqtt_config import MqttConfig
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -165,24 +170,7 @@ def _sqlite_abs(url: str, base: Path) -> str:
     return f"{prefix}{(base / path).resolve()}{sep}{query}"
 
 
-def format_errors(path: Path | str, exc: ValidationError) -> str:
-    """One line per bad key: ``file: key.path: what is wrong``."""
-    return "\n".join(f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
-
-
 def load_config(path: str | Path | None = None) -> CloudConfig:
     """Read and check a config file (default: $FAB_CLOUD_CONFIG or config/cloud.yaml); ConfigError per bad key."""
     p = Path(path or os.environ.get("FAB_CLOUD_CONFIG") or Path(__file__).resolve().parents[1] / "config/cloud.yaml")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: <root>: expected a mapping")
-    try:
-        cfg = CloudConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(p, exc)) from None
-    return cfg.resolve(p.resolve().parent)
+    return load_config_file(p, CloudConfig)

@@ -11,12 +11,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-
-from fabbus.errors import ConfigError, ContractError
-from fabbus.mqtt_config import MqttConfig
-from fabbus.topics import check_id
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from detector_node.camera_sim import ALL_CLASSES, GOOD
 from detector_node.delivery import DeliveryConfig
@@ -26,6 +29,10 @@ from detector_node.inspection import InspectionConfig
 from detector_node.mcu_sim import McuSimConfig
 from detector_node.names import NAME_PATTERN, check_name
 from detector_node.serial_link import SerialConfig
+from fabbus.config_file import load_config_file
+from fabbus.errors import ConfigError, ContractError
+from fabbus.mqtt_config import MqttConfig
+from fabbus.topics import check_id
 
 Verdict = Literal["OK", "NG"]
 BrandName = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -132,23 +139,6 @@ class DetectorConfig(_Cfg):
         return data
 
 
-def format_errors(path: Path | str, exc: ValidationError) -> str:
-    """One line per bad key: ``file: key.path: what is wrong``."""
-    return "\n".join(f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
-
-
 def load_config(path: str | Path) -> DetectorConfig:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: <root>: expected a mapping")
-    try:
-        cfg = DetectorConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(p, exc)) from None
-    return cfg.resolve(p.resolve().parent)
+    return load_config_file(p, DetectorConfig)

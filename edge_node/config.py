@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from fabbus.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-from fabbus.errors import ConfigError
+from fabbus.config_file import load_config_file
 from fabbus.mqtt_config import MqttConfig
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -139,24 +137,6 @@ class EdgeConfig(_Cfg):
         return problems
 
 
-def format_errors(path: Path | str, exc: ValidationError) -> str:
-    """One line per bad key: ``file: key.path: what is wrong``."""
-    return "\n".join(f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: "
-                     f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-
-
 def load_config(path: str | Path) -> EdgeConfig:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: <root>: expected a mapping")
-    try:
-        cfg = EdgeConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(p, exc)) from None
-    return cfg.resolve(p.resolve().parent)
+    return load_config_file(p, EdgeConfig)
