@@ -211,6 +211,9 @@ def _set_active(s: Session, node: Node, brand: str, model: str, version: int | N
     s.add(Change(kind="node", ref=node.key))
 
 
+_FINAL_DELIVERY = ("ACTIVE", "FAILED", "ROLLED_BACK")
+
+
 def on_delivery_status(s: Session, rm: ReceivedMessage, *, discover: bool = True) -> None:
     """delivery_status: a detector's progress on a model for a brand; ACTIVE makes it the active model."""
     body: DeliveryStatus = rm.body  # type: ignore[assignment]
@@ -219,15 +222,17 @@ def on_delivery_status(s: Session, rm: ReceivedMessage, *, discover: bool = True
         return
     _heard(s, node, rm)
     brand = rm.ids["brand"]
-    mv = _version_by_sha(s, body.sha256 or body.model, node)
-    q = (select(Deployment).join(Task, Deployment.task_id == Task.id)
-         .where(Deployment.node_id == node.id, Deployment.brand == brand).order_by(Deployment.id.desc()))
-    if mv is not None:
-        q = q.where(Deployment.model_version_id == mv.id)
-    d = s.scalars(q).first()
-    if d is not None and not (rm.retain and d.state in ("ACTIVE", "FAILED", "ROLLED_BACK")):
+    # Only the deployment of the task named by the correlation id moves; a status without one (a transfer
+    # no task asked for) leaves every deployment row alone, and a final row stays final (ACTIVE may
+    # still become ROLLED_BACK when the new model fails its probation).
+    task_id = rm.message.correlation_id
+    d = None if not task_id else s.scalars(
+        select(Deployment).where(Deployment.task_id == task_id, Deployment.node_id == node.id,
+                                 Deployment.brand == brand)).first()
+    if d is not None:
         state = body.state.value
-        if (d.state, d.percent, d.reason) != (state, body.percent, body.reason):
+        final = d.state in _FINAL_DELIVERY and not (d.state == "ACTIVE" and state == "ROLLED_BACK")
+        if not final and (d.state, d.percent, d.reason) != (state, body.percent, body.reason):
             d.state, d.percent, d.reason, d.updated_at = state, body.percent, body.reason, now()
             s.add(Change(kind="deployment", ref=d.task_id))
     if body.state.value == "ACTIVE" and body.sha256:

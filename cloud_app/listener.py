@@ -43,7 +43,10 @@ class Listener:
         """``node``: this listener's id on the bus (default ``<config.node>-listener``; one per id)."""
         self.backend = backend
         cfg = backend.config
-        self.bus = BusClient(cfg.mqtt, "cloud", {"node": node or f"{cfg.node}-listener"}, version="0.1.0")
+        # A persistent session (its client id is stable): QoS 1 status, metrics and uploads published while
+        # the listener is down or reconnecting wait for it at the broker instead of being lost.
+        mqtt_cfg = cfg.mqtt.model_copy(update={"clean_session": False})
+        self.bus = BusClient(mqtt_cfg, "cloud", {"node": node or f"{cfg.node}-listener"}, version="0.1.0")
         self.uploads = Uploads(backend, self.bus)
         self.fetches = Fetches(backend, self.bus)
         self.stats = {"persisted": 0, "errors": 0}

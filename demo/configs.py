@@ -71,7 +71,7 @@ def cloud_config(opts: FactoryOptions, plant: Plant, ep: Endpoints, work: Path) 
 def edge_config(opts: FactoryOptions, plant: Plant, ep: Endpoints, work: Path, line: str) -> dict[str, Any]:
     return {
         "ids": {"site": plant.site, "line": line},
-        "mqtt": _mqtt(ep, opts.keepalive),
+        "mqtt": {**_mqtt(ep, opts.keepalive), "clean_session": False},  # commands and upload answers wait for it
         "detectors": {det: {"url": f"http://127.0.0.1:{ep.history_ports[(line, det)]}",
                             "token_env": "FAB_HISTORY_TOKEN"} for det in plant.detectors(line)},
         "brands": {name: {"classes": classes} for name, classes in BRANDS.items()},

@@ -120,7 +120,8 @@ def test_upload_gate_deploy_and_a_worse_model_rejected(env: Env, parts: Any, tmp
     det = BusClient(mqtt_for(env.broker, DET_L1_D1), "detector", {"site": "s1", "line": "l1", "det": "d1"})
     with det:
         det.publish("delivery_status", DeliveryStatus(model=v1["sha256"], brand="brandA", version=1, state="ACTIVE",
-                                                      percent=100, sha256=v1["sha256"]), brand="brandA").wait(5)
+                                                      percent=100, sha256=v1["sha256"]), brand="brandA",
+                    correlation_id=dep).wait(5)  # a detector names the deploy task it answers
         det.publish("detector_status", DetectorStatus(inspected=10, ng=2, missed=0, latency_ms_p50=0.2,
                                                       active_models={"brandA": ActiveModel(
                                                           model=v1["sha256"], version=1, sha256=v1["sha256"])}))
