@@ -146,6 +146,8 @@ def test_bad_messages_do_not_stop_the_listener(env: Env) -> None:
                             encode(TaskStatus(task=tid, kind="train", state="FAILED"), sender="s1/l1", msg_id="dup")):
                 raw.publish(topic, payload, qos=1)
         wait_until(lambda: state_is(cloud, tid, "FAILED"), what="FAILED after the bad ones")
+        # the repeat is dropped on the dispatcher thread after the first one set FAILED: wait for it to be counted
+        wait_until(lambda: cloud.listener.bus.stats["duplicate"] >= 1, what="the repeated message id dropped")
         stats = cloud.listener.bus.stats
         assert stats["malformed"] >= 2 and stats["invalid"] >= 1 and stats["wrong_type"] >= 1
         assert stats["duplicate"] >= 1
