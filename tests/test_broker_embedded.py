@@ -292,7 +292,7 @@ def test_will_with_retain_is_kept(embedded):
 
 def test_tls_listener(embedded, tmp_path):
     if not shutil.which("openssl"):
-        pytest.skip("openssl command not available to make a test certificate")
+        pytest.fail("the openssl command is needed to make a test certificate (Debian package openssl)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=localhost", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)

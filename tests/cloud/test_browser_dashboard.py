@@ -24,7 +24,8 @@ from cloud_app import queries
 from fabbus.messages import DeploymentProgress, DetectorDeployment, EpochMetrics, TrainingProgress
 
 SHOTS = Path(os.environ.get("FAB_SCREENSHOTS", "/tmp"))
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+# Debian's chromium is installed by `make setup`; without it this test fails loudly (never skips).
+assert Path(CHROMIUM).exists(), f"Debian's chromium is required at {CHROMIUM} (make setup installs it)"
 
 
 @pytest.fixture
