@@ -32,8 +32,9 @@ from cloud_app.config import (BrandSpec, CloudConfig, DispatchConfig, FleetConfi
 from cloud_app.listener import Listener
 from cloud_app.models import Task
 from fabbus.client import BusClient, MqttConfig, ReceivedMessage
-from fabbus.messages import TaskStatus
+from fabbus.messages import ModelManifest, TaskStatus, TransferResult
 from fabbus.model_bundle import BundleMeta, write_bundle
+from fabbus.transfer import Sender, bus_publisher, make_manifest
 from helpers import CLOUD, EDGE_L1, EDGE_L2
 
 PG_ADMIN = os.environ.get("FAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -265,3 +266,43 @@ def state_is(cloud: Cloud, task_id: str, state: str) -> bool:
     with cloud.db.session(readonly=True) as s:
         task = s.get(Task, task_id)
         return task is not None and task.state == state
+
+
+class Uploader:
+    """The edge's side of an upload: Sender on model_upload_*, results from model_upload_result."""
+
+    def __init__(self, edge: SimEdge) -> None:
+        self.edge = edge
+        self.results: list[TransferResult] = []
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._senders: list[Sender] = []
+        edge.client.subscribe("model_upload_result", self._on_result).wait(5)
+
+    def _on_result(self, rm: ReceivedMessage) -> None:
+        with self._cond:
+            self.results.append(rm.body)  # type: ignore[arg-type]
+            self._cond.notify_all()
+
+    def upload(self, path: Path, model: str, **fields: Any) -> TransferResult:
+        manifest = make_manifest(path, model=model, brand="brandA", chunk_size=4096, **fields)
+        return self.send(path, manifest)
+
+    def send(self, path: Path, manifest: ModelManifest) -> TransferResult:
+        sender = Sender(path, manifest, bus_publisher(self.edge.client, "model_upload_manifest", "model_upload_chunk",
+                                                      model=manifest.model))
+        self.edge.client.subscribe("model_upload_request", sender.on_request, model=manifest.model).wait(5)
+        self._senders.append(sender)
+        thread = threading.Thread(target=lambda: (sender.send(), sender.serve(30)), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        with self._cond:
+            assert self._cond.wait_for(lambda: any(r.model == manifest.model for r in self.results), 20), \
+                "no upload result"
+            return next(r for r in self.results if r.model == manifest.model)
+
+    def close(self) -> None:
+        for sender in self._senders:
+            sender.close()
+        for thread in self._threads:
+            thread.join(10)

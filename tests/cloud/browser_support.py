@@ -16,54 +16,15 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from backend_support import Cloud, SimEdge, Stack, cloud_config, running_cloud
+from backend_support import Cloud, SimEdge, Stack, Uploader, cloud_config, running_cloud
 from cloud_app.config import WebConfig
 from cloud_app.users import create_user
 from cloud_app.web import close_app, create_app
-from fabbus.client import ReceivedMessage
-from fabbus.messages import TransferResult
-from fabbus.transfer import Sender, bus_publisher, make_manifest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "correct horse battery"
-
-
-class Uploader:
-    """The edge's side of a model upload: fabbus' Sender on model_upload_*, the cloud's verdict back."""
-
-    def __init__(self, edge: SimEdge) -> None:
-        self.edge = edge
-        self.results: list[TransferResult] = []
-        self._cond = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._senders: list[Sender] = []
-        edge.client.subscribe("model_upload_result", self._on_result).wait(5)
-
-    def _on_result(self, rm: ReceivedMessage) -> None:
-        with self._cond:
-            self.results.append(rm.body)  # type: ignore[arg-type]
-            self._cond.notify_all()
-
-    def upload(self, path: Path, model: str, **fields: Any) -> TransferResult:
-        manifest = make_manifest(path, model=model, brand="brandA", chunk_size=4096, **fields)
-        sender = Sender(path, manifest, bus_publisher(self.edge.client, "model_upload_manifest", "model_upload_chunk",
-                                                      model=manifest.model))
-        self.edge.client.subscribe("model_upload_request", sender.on_request, model=manifest.model).wait(5)
-        self._senders.append(sender)
-        thread = threading.Thread(target=lambda: (sender.send(), sender.serve(30)), daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        with self._cond:
-            assert self._cond.wait_for(lambda: any(r.model == model for r in self.results), 20), "no upload result"
-            return next(r for r in self.results if r.model == model)
-
-    def close(self) -> None:
-        for sender in self._senders:
-            sender.close()
-        for thread in self._threads:
-            thread.join(10)
 
 
 @dataclass

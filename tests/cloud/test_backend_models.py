@@ -6,62 +6,22 @@ detector client reports delivery and status; the edge fetches a registered model
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backend_support import (ALL, HALF, TRAIN_CONFIG, Cloud, Env, SimEdge, env, ids, make_bundle,  # noqa: F401
+from backend_support import (ALL, HALF, TRAIN_CONFIG, Cloud, Env, SimEdge, Uploader, env, ids, make_bundle,  # noqa: F401
                              metrics, mqtt_for, no_handler_errors, running_cloud, state_is, wait_until)
 from cloud_app import queries
 from cloud_app.models import ModelVersion, Task
 from fabbus.client import BusClient, ReceivedMessage
 from fabbus.messages import (ActiveModel, ChunkRequest, DeliveryStatus, DeployCommand, DeploymentProgress,
-                             DetectorDeployment, DetectorStatus, ModelManifest, TransferResult)
+                             DetectorDeployment, DetectorStatus, TransferResult)
 from fabbus.model_bundle import sha256_file
-from fabbus.transfer import Receiver, Sender, bus_publisher, make_manifest
+from fabbus.transfer import Receiver, make_manifest
 from helpers import DET_L1_D1
-
-
-class Uploader:
-    """The edge's side of an upload: Sender on model_upload_*, results from model_upload_result."""
-
-    def __init__(self, edge: SimEdge) -> None:
-        self.edge = edge
-        self.results: list[TransferResult] = []
-        self._cond = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._senders: list[Sender] = []
-        edge.client.subscribe("model_upload_result", self._on_result).wait(5)
-
-    def _on_result(self, rm: ReceivedMessage) -> None:
-        with self._cond:
-            self.results.append(rm.body)  # type: ignore[arg-type]
-            self._cond.notify_all()
-
-    def upload(self, path: Path, model: str, **fields: Any) -> TransferResult:
-        manifest = make_manifest(path, model=model, brand="brandA", chunk_size=4096, **fields)
-        return self.send(path, manifest)
-
-    def send(self, path: Path, manifest: ModelManifest) -> TransferResult:
-        sender = Sender(path, manifest, bus_publisher(self.edge.client, "model_upload_manifest", "model_upload_chunk",
-                                                      model=manifest.model))
-        self.edge.client.subscribe("model_upload_request", sender.on_request, model=manifest.model).wait(5)
-        self._senders.append(sender)
-        thread = threading.Thread(target=lambda: (sender.send(), sender.serve(30)), daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        with self._cond:
-            assert self._cond.wait_for(lambda: any(r.model == manifest.model for r in self.results), 20)
-            return next(r for r in self.results if r.model == manifest.model)
-
-    def close(self) -> None:
-        for sender in self._senders:
-            sender.close()
-        for thread in self._threads:
-            thread.join(10)
 
 
 @pytest.fixture
