@@ -16,6 +16,7 @@ from amqtt.broker import RetainedApplicationMessage
 from amqtt.mqtt.packet import UNSUBACK
 
 from broker.codec import encode_ack, encode_publish, encode_suback
+from broker.trie import FilterTrie
 from fabbus.acl import topic_matches
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ class Router:
         self.retained = retained
         self._store = store
         self._next_seq = next_seq
-        self._wildcards: set[str] = set()
-        self._cache: dict[str, list[Target]] = {}
+        self._filters = FilterTrie()
+        self._cache: dict[str, list[Target]] = {}   # topic -> its subscribers, until a subscription changes
 
     # ---- subscription table
 
@@ -54,10 +55,9 @@ class Router:
                 break
         else:
             entries.append((session, qos))
-        if "+" in filter_ or "#" in filter_:
-            self._wildcards.add(filter_)
+        self._filters.add(filter_)
         session.subs[filter_] = qos
-        self._cache.clear()
+        self._forget(filter_)
 
     def remove(self, session: ClientSession, filter_: str) -> bool:
         entries = self.subscriptions.get(filter_, [])
@@ -68,10 +68,18 @@ class Router:
             self.subscriptions[filter_] = kept
         else:
             del self.subscriptions[filter_]
-            self._wildcards.discard(filter_)
+            self._filters.remove(filter_)
         session.subs.pop(filter_, None)
-        self._cache.clear()
+        self._forget(filter_)
         return True
+
+    def _forget(self, filter_: str) -> None:
+        """Drop the cached subscribers of the topics ``filter_`` matches: one entry for a plain topic; all
+        for a wildcard (matching is a walk of the filter tree, so refilling the cache is cheap)."""
+        if "+" in filter_ or "#" in filter_:
+            self._cache.clear()
+        else:
+            self._cache.pop(filter_, None)
 
     def remove_all(self, session: ClientSession) -> None:
         for filter_ in list(session.subs):
@@ -83,7 +91,7 @@ class Router:
         if found is not None:
             return found
         best: dict[int, Target] = {}
-        for filter_ in (topic, *(f for f in self._wildcards if topic_matches(f, topic))):
+        for filter_ in self._filters.matching(topic):
             for session, qos in self.subscriptions.get(filter_, ()):
                 prev = best.get(id(session))
                 if prev is None or prev[1] < qos:

@@ -60,11 +60,21 @@ def cmd_serve(cfg: CloudConfig, args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"the web layer is not available: {exc}", file=sys.stderr)
         return 1
+    from werkzeug.serving import make_server
+
     app = create_app({"CLOUD_CONFIG": cfg})
     try:
-        app.run(host=args.host or cfg.web.host, port=args.port or cfg.web.port, threaded=True)
+        # a thread per request (the dashboard's event streams stay open); SIGTERM or Ctrl-C stops
+        # accepting, and the app's connections are closed before the process exits 0
+        server = make_server(args.host or cfg.web.host, args.port or cfg.web.port, app, threaded=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+        log.info("serving on http://%s:%s", server.host, server.port)
+        server.serve_forever()
+        server.server_close()
     finally:
         close_app(app)
+    log.info("stopped")
     return 0
 
 

@@ -119,9 +119,30 @@ def create_train_task(s: Session, *, line: str, brand: str, detectors: list[str]
         base = find_version(s, base_model, "base_model", line_row)
         if base.brand != brand:
             raise Invalid({"base_model": f"model version {base.id} is for brand {base.brand!r}, not {brand!r}"})
+        cfg = _start_from_base(cfg, base)
         base_sha = base.sha256
+    elif cfg.pretrained.source == "base_model":
+        raise Invalid({"base_model": "pretrained.source 'base_model' needs base_model: the registry version to "
+                                     "start from"})
     return _new_task(s, "train", line_row, brand, nodes, user, config=cfg.model_dump(mode="json"),
                      base_model=base_sha)
+
+
+def _start_from_base(cfg: TrainingConfig, base: ModelVersion) -> TrainingConfig:
+    """The config of a task that starts from registry version ``base``: pretrained.source 'base_model'
+    (set when left 'none'), and an architecture (and width) the base's weights fit."""
+    source = cfg.pretrained.source
+    if source not in ("none", "base_model"):
+        raise Invalid({"base_model": f"the task starts from model version {base.id}, but pretrained.source is "
+                                     f"{source!r}: leave it 'none' or set 'base_model'"})
+    theirs = base.training_config or {}
+    arch, alpha = theirs.get("architecture"), theirs.get("alpha", 1.0)
+    if arch is not None and (arch, alpha) != (cfg.architecture, cfg.alpha):
+        mine = cfg.architecture + (f" alpha {cfg.alpha:g}" if cfg.architecture == "mobilenet_v2" else "")
+        other = arch + (f" alpha {alpha:g}" if arch == "mobilenet_v2" else "")
+        raise Invalid({"base_model": f"model version {base.id} (v{base.version} of {base.line.key}) is a {other}; "
+                                     f"its weights cannot start a {mine}"})
+    return cfg.model_copy(update={"pretrained": cfg.pretrained.model_copy(update={"source": "base_model"})})
 
 
 def create_deploy_task(s: Session, *, line: str, brand: str, detectors: list[str], model_version: int | str,

@@ -8,7 +8,9 @@ history); 3. train a small CNN on line 1 and wait for SUCCEEDED; 4. the register
 version and its evaluation gate; 5. deploy it to both detectors of line 1 and wait for
 SUCCEEDED with every delivery ACTIVE; 6. both detectors report the new model active
 on the bus and keep inspecting with it; 7. train MobileNetV2 (alpha 0.35) with
-fine-tuning on line 2 from a local pretrained weights file, and wait for SUCCEEDED.
+fine-tuning on line 1 from the plant's pretrained weights file (a file on the edge);
+8. fine-tune that registered model on line 2 (``base_model``: line 2's edge fetches it
+from the registry), and check the new version's lineage names it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ScenarioSettings:
     cnn_epochs: int = 3
     mobilenet_epochs: int = 2
     fine_tune_epochs: int = 1
-    pretrained: str | None = None          # the MobileNetV2 weights file on line 2's edge
+    pretrained: str | None = None          # the MobileNetV2 weights file on line 1's edge
     min_inspected: int = 600               # per detector before training
     train_timeout_s: float = 420.0
     deploy_timeout_s: float = 240.0
@@ -132,9 +134,16 @@ class Scenario:
             self.deploy(model)
         with self.step("both detectors ACTIVE with the new model and inspecting with it (bus)"):
             self.check_detectors(model)
-        with self.step(f"train mobilenet_v2 (alpha 0.35) with fine-tuning on {self.line(s.line2)}"):
-            version2 = self.train(s.line2, self.mobilenet_config())
-            self.report.facts["line2_model"] = self.check_version(version2, s.line2, quiet=True)
+        with self.step(f"train mobilenet_v2 (alpha 0.35) with fine-tuning on {self.line(s.line1)}, "
+                       "from the plant's pretrained weights file"):
+            base_id = self.train(s.line1, self.mobilenet_config(pretrained={"source": "file", "path": self.weights()}))
+            base = self.report.facts["base_model"] = self.check_version(base_id, s.line1, quiet=True)
+        with self.step(f"fine-tune it (v{base['version']} of {self.line(s.line1)}) on {self.line(s.line2)}: "
+                       "base_model, fetched from the registry"):
+            version2 = self.train(s.line2, self.mobilenet_config(pretrained={"source": "base_model"}),
+                                  base_model=base_id)
+            self.report.facts["line2_model"] = self.check_lineage(self.check_version(version2, s.line2, quiet=True),
+                                                                  base)
         return self.report
 
     def wait_fleet(self) -> None:
@@ -170,25 +179,32 @@ class Scenario:
                 "generators": {"batch_size": 16, "validation_split": 0.2, "test_split": 0.2,
                                "class_weights": "balanced"}}
 
-    def mobilenet_config(self) -> dict[str, Any]:
+    def weights(self) -> str:
         if not self.s.pretrained:
-            raise ScenarioFailed("no pretrained MobileNetV2 weights file for line 2 (the factory writes one)")
+            raise ScenarioFailed("no pretrained MobileNetV2 weights file for line 1 (the factory writes one)")
+        return self.s.pretrained
+
+    def mobilenet_config(self, pretrained: dict[str, Any]) -> dict[str, Any]:
         return {"classes": self.classes(), "architecture": "mobilenet_v2", "alpha": 0.35,
                 "input_size": self.s.input_size, "epochs": self.s.mobilenet_epochs, "learning_rate": 0.002,
                 "generators": {"batch_size": 32, "validation_split": 0.2, "test_split": 0.2,
                                "class_weights": "balanced"},
-                "pretrained": {"source": "file", "path": self.s.pretrained},
+                "pretrained": pretrained,
                 "fine_tune": {"enabled": True, "unfreeze_top_layers": 20, "epochs": self.s.fine_tune_epochs,
                               "learning_rate": 1e-4}}
 
-    def train(self, line: str, config: dict[str, Any]) -> int:
-        body = {"line": self.line(line), "brand": self.s.brand, "detectors": list(self.s.detectors), "config": config}
+    def train(self, line: str, config: dict[str, Any], base_model: int | None = None) -> int:
+        body = {"line": self.line(line), "brand": self.s.brand, "detectors": list(self.s.detectors), "config": config,
+                "base_model": base_model}
         task = self.api.post("/tasks/train", body)
         self.say(f"   task {task['id']} {task['state']}")
         done = self.wait_task(task["id"], self.s.train_timeout_s)
         details = next((e.get("details") or {} for e in reversed(done.get("events", []))
                         if e["state"] == "SUCCEEDED"), {})
         self.say(f"   samples {details.get('samples')}, metrics {details.get('metrics')}")
+        if base_model is not None:
+            self.report.facts.setdefault("started_from", {})[line] = details.get("started_from")
+            self.say(f"   started from {details.get('started_from')}")
         ref = done.get("model_version") or (done.get("models") or [None])[0]
         if not ref:
             raise ScenarioFailed(f"task {task['id']} SUCCEEDED but registered no model version")
@@ -206,6 +222,18 @@ class Scenario:
                  f"test accuracy {acc}, gate {model['gate_state']} {model.get('gate_reasons') or ''}")
         if not quiet:
             self.report.facts["line1_model"] = model
+        return model
+
+    def check_lineage(self, model: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        """The version names ``base`` as its parent, and the edge started from base's weights."""
+        lineage, started = model["lineage"], self.report.facts.get("started_from", {}).get(self.s.line2) or {}
+        if lineage["base_model"] != base["sha256"] or (lineage.get("parent") or {}).get("id") != base["id"]:
+            raise ScenarioFailed(f"version {model['id']} lineage {lineage['base_model']} / {lineage.get('parent')} "
+                                 f"does not name base version {base['id']} ({base['sha256'][:12]})")
+        if started.get("sha256") != base["sha256"] or started.get("source") != "base_model":
+            raise ScenarioFailed(f"line 2's edge did not start from the base model: started_from {started}")
+        self.say(f"   v{model['version']} of {model['line']} descends from v{base['version']} of {base['line']} "
+                 f"(fetched by line 2's edge: {started.get('fetched')})")
         return model
 
     def deploy(self, model: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """The models the edge trains: a feature extractor named ``base`` plus a small classification head.
 
-    model = build_model(config, deployed=path_of_the_lines_current_model_or_None)
+    model = build_model(config, start_from=None)   # start_from: the model file pretrained.source names
 
     image -> base (small_cnn | MobileNetV2 | EfficientNetB0, include_top=False)
           -> global pooling "pool" (max for small_cnn, average for the others)
@@ -12,8 +12,9 @@ Weights are never downloaded. ``pretrained.source``:
 - ``none``: random initialisation;
 - ``file``: a weights file of the base (``.weights.h5`` or a legacy ``.h5`` such as Keras'
   ``*_no_top.h5``), or a ``.keras`` model / model bundle whose ``base`` is reused;
-- ``deployed``: the line's current model for the brand (a bundle or ``.keras`` file given by
-  the caller): its base is reused and, when the classes are the same, its head too.
+- ``deployed``: the line's current model for the brand; ``base_model``: the registry model the
+  task names (the caller fetched it). Either is a bundle or ``.keras`` file given by the caller
+  as ``start_from``: its base is reused and, when the classes are the same, its head too.
 Anything that does not fit the architecture is an InvalidTrainingConfig naming the file.
 """
 
@@ -67,18 +68,17 @@ def build_base(config: TrainingConfig) -> keras.Model:
     return keras.applications.EfficientNetB0(input_shape=shape, include_top=False, weights=None, name=BASE)
 
 
-def build_model(config: TrainingConfig, deployed: str | Path | None = None) -> keras.Model:
+def build_model(config: TrainingConfig, start_from: str | Path | None = None) -> keras.Model:
     """The full model, with pretrained weights loaded as the config asks."""
     check_input_size(config)
     source, path = config.pretrained.source, Path(config.pretrained.path or "")
     donor: tuple[keras.Model, list[str] | None] | None = None
     if source == "file" and path.suffix in (".keras", ".zip"):
         donor = load_donor(path, config)
-    elif source == "deployed":
-        if deployed is None:
-            raise InvalidTrainingConfig("pretrained.source is 'deployed' but the line has no deployed model "
-                                        "for this brand")
-        path = Path(deployed)
+    elif source in ("deployed", "base_model"):
+        if start_from is None:
+            raise InvalidTrainingConfig(missing_start(source))
+        path = Path(start_from)
         donor = load_donor(path, config)
     base = build_base(config)
     if source == "file" and donor is None:
@@ -87,6 +87,12 @@ def build_model(config: TrainingConfig, deployed: str | Path | None = None) -> k
     if donor is not None:
         _copy_from(donor, model, config, path)
     return model
+
+
+def missing_start(source: str) -> str:
+    if source == "deployed":
+        return "pretrained.source is 'deployed' but the line has no deployed model for this brand"
+    return "pretrained.source is 'base_model' but the base model's file is not on the edge"
 
 
 def _assemble(base: keras.Model, config: TrainingConfig) -> keras.Model:

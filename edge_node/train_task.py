@@ -20,11 +20,14 @@ from typing import Any
 from edge_node.bus_reporter import BusReporter
 from edge_node.collector import Collected
 from edge_node.dataset import Dataset
+from edge_node.errors import InvalidTrainingConfig
 from edge_node.export import export_model
+from edge_node.fetcher import FetchFailed
 from edge_node.services import Services
 from edge_node.tasks import Job
 from edge_node.trainer import train
 from fabbus.messages import ModelManifest, TrainCommand
+from fabbus.model_bundle import BundleError, read_bundle
 from fabbus.transfer import plan
 
 log = logging.getLogger(__name__)
@@ -55,20 +58,19 @@ def run_train(s: Services, job: Job, reporter: BusReporter) -> dict[str, Any]:
     return {"model": manifest.model, "version": result.version, "sha256": manifest.sha256, "size": manifest.size,
             "registered": result.reason, "data_snapshot": exported["data_snapshot"],
             "samples": exported["samples"], "resumed_from": exported["resumed_from"],
+            "started_from": exported.get("started_from"),
             "metrics": {k: metrics[k] for k in ("test_accuracy", "val_accuracy", "accuracy", "loss", "macro_f1",
                                                 "epochs_trained") if k in metrics}}
 
 
 def _train_and_export(s: Services, job: Job, cmd: TrainCommand, folder: Path, reporter: BusReporter
                       ) -> dict[str, Any]:
+    start_from, base_model, started = _start_from(s, job, cmd)
+    job.check()
     collected = _collect(s, job, cmd, folder, reporter)
     job.check()
-    deployed = s.deployed_bundle(cmd.brand) if cmd.config.pretrained.source == "deployed" else None
-    base_model = cmd.base_model
-    if deployed is not None and base_model is None:
-        base_model = (s.deployed.get(cmd.brand) or {}).get("sha256")
     result = train(cmd.config, collected.dataset, folder / "train", reporter, job.cancel, resume=True,
-                   task=job.task, deployed=deployed, progress_interval_s=s.config.progress_interval_s)
+                   task=job.task, start_from=start_from, progress_interval_s=s.config.progress_interval_s)
     job.check()
     splits = {"train": len(result.splits.train), "validation": len(result.splits.validation),
               "test": len(result.splits.test)}
@@ -79,11 +81,51 @@ def _train_and_export(s: Services, job: Job, cmd: TrainCommand, folder: Path, re
     exported = {"path": str(out.path), "sha256": out.sha256, "size": out.size, "input_shape": list(out.meta.input_shape),
                 "created_at": out.meta.created_at, "metrics": metrics, "confusion_matrix": confusion,
                 "data_snapshot": result.snapshot, "base_model": base_model, "samples": splits,
-                "resumed_from": list(result.resumed_from) if result.resumed_from else None}
+                "resumed_from": list(result.resumed_from) if result.resumed_from else None, "started_from": started}
     _write(folder / EXPORT, exported)
     shutil.rmtree(folder / "train", ignore_errors=True)  # checkpoints are not needed once exported
     log.info("task %s: trained (%s), exported %s", job.task, splits, out.sha256[:12])
     return exported
+
+
+def _start_from(s: Services, job: Job, cmd: TrainCommand) -> tuple[Path | None, str | None, dict[str, Any] | None]:
+    """The model file training starts from (pretrained.source deployed or base_model), the base model's
+    sha256 for the lineage, and what the task's details say about it.
+
+    A base model is taken from the edge's model cache, or fetched from the cloud's registry (a
+    model trained on another line, say): a FetchFailed (the task FAILS) when the cloud lacks it.
+    """
+    source = cmd.config.pretrained.source
+    if source == "deployed":
+        path, sha = s.deployed_bundle(cmd.brand), (s.deployed.get(cmd.brand) or {}).get("sha256")
+        base = cmd.base_model or sha
+        return path, base, {"source": source, "sha256": sha} if sha else None
+    if source != "base_model":
+        return None, cmd.base_model, None
+    sha = cmd.base_model
+    assert sha is not None  # TrainCommand's schema: source base_model names a base_model
+    path = s.models.get(sha)
+    fetched = path is None
+    if path is None:
+        log.info("task %s: fetching the base model %s from the cloud", job.task, sha[:12])
+        try:
+            path = s.fetches.fetch(sha, sha, task=job.task, timeout_s=s.config.transfer.fetch_timeout_s,
+                                   check=job.check)
+        except FetchFailed as exc:
+            raise FetchFailed(f"base model {sha[:12]}: {exc}", exc.details) from None
+    _check_architecture(path, sha, cmd)
+    return path, sha, {"source": source, "sha256": sha, "fetched": fetched}
+
+
+def _check_architecture(path: Path, sha: str, cmd: TrainCommand) -> None:
+    """A base model of another architecture is refused before any data is collected."""
+    try:
+        theirs = read_bundle(path).meta.architecture
+    except BundleError as exc:
+        raise InvalidTrainingConfig(f"base model {sha[:12]}: {exc}") from None
+    if theirs != cmd.config.architecture:
+        raise InvalidTrainingConfig(f"base model {sha[:12]} is a {theirs}, the training config asks for "
+                                    f"{cmd.config.architecture}")
 
 
 def _collect(s: Services, job: Job, cmd: TrainCommand, folder: Path, reporter: BusReporter) -> Collected:

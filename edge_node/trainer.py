@@ -1,6 +1,6 @@
 """Train a model from a TrainingConfig on the line's data: checks, phases, callbacks, resume, cancel.
 
-    splits = validate(config, dataset, deployed=None)      # InvalidTrainingConfig: REJECT the task
+    splits = validate(config, dataset, start_from=None)    # InvalidTrainingConfig: REJECT the task
     result = train(config, dataset, workdir, reporter, cancel_event, task="t-42")
     result.model, result.evaluation, result.history, result.resumed_from
 
@@ -87,7 +87,7 @@ class CancelCallback(keras.callbacks.Callback):
             raise TrainingCanceled(self.phase, self._epoch + 1, batch + 1)
 
 
-def validate(config: TrainingConfig, dataset: Dataset, deployed: str | Path | None = None) -> Splits:
+def validate(config: TrainingConfig, dataset: Dataset, start_from: str | Path | None = None) -> Splits:
     """The checks that can be made before training; InvalidTrainingConfig with a precise reason.
 
     A weights file that does not fit is found when the model is built: train() raises the
@@ -95,8 +95,8 @@ def validate(config: TrainingConfig, dataset: Dataset, deployed: str | Path | No
     """
     architectures.check_input_size(config)
     pre = config.pretrained
-    if pre.source == "deployed" and deployed is None:
-        raise InvalidTrainingConfig("pretrained.source is 'deployed' but the line has no deployed model for this brand")
+    if pre.source in ("deployed", "base_model") and start_from is None:
+        raise InvalidTrainingConfig(architectures.missing_start(pre.source))
     if pre.source == "file" and not Path(pre.path or "").is_file():
         raise InvalidTrainingConfig(f"weights file {pre.path} not found")
     return check_data(config, dataset, architectures.min_input_size(config.architecture))
@@ -159,9 +159,9 @@ def _phase_callbacks(config: TrainingConfig, phase: str, lr: float, epochs: int,
 
 def train(config: TrainingConfig, dataset: Dataset, workdir: str | Path, reporter: Reporter | None = None,
           cancel_event: threading.Event | None = None, resume: bool = True, *, task: str = "",
-          deployed: str | Path | None = None, progress_interval_s: float = 0.5) -> TrainResult:
+          start_from: str | Path | None = None, progress_interval_s: float = 0.5) -> TrainResult:
     """Check, train (resuming from ``workdir`` when possible), evaluate on the test split."""
-    splits = validate(config, dataset, deployed)
+    splits = validate(config, dataset, start_from)
     keras.utils.set_random_seed(config.generators.seed)  # the same task trains the same model
     snapshot = dataset.snapshot_id(config.classes)
     reporter = reporter or NullReporter()
@@ -179,7 +179,7 @@ def train(config: TrainingConfig, dataset: Dataset, workdir: str | Path, reporte
         history = list(state.history)
     else:
         store.clear()
-        model = architectures.build_model(config, deployed)
+        model = architectures.build_model(config, start_from)
         resumed_from, history = None, []
 
     train_ds = build_dataset(splits.train, config, training=True)

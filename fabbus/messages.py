@@ -12,13 +12,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 import uuid
 from collections import OrderedDict
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from fabbus.errors import MessageError
 from fabbus.training_config import TrainingConfig
@@ -26,6 +36,7 @@ from fabbus.training_config import TrainingConfig
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 _ID = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class Body(BaseModel):
@@ -96,7 +107,15 @@ class TrainCommand(Body):
     brand: str = _ID
     detectors: list[str] = Field(min_length=1)
     config: TrainingConfig
-    base_model: str | None = None
+    base_model: str | None = Field(default=None, description="sha256 of the registry model training starts from "
+                                                              "(config.pretrained.source 'base_model')")
+
+    @model_validator(mode="after")
+    def _base_model_named(self) -> TrainCommand:
+        if self.config.pretrained.source == "base_model" and not _SHA256.fullmatch(self.base_model or ""):
+            raise ValueError("config.pretrained.source 'base_model' needs base_model: the sha256 of the registry "
+                             "model to start from")
+        return self
 
 
 class DeployCommand(Body):

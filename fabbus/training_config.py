@@ -41,7 +41,17 @@ class AugmentationConfig(_Cfg):
 
 
 class PretrainedConfig(_Cfg):
-    source: Literal["none", "file", "deployed"] = "none"
+    """Where the model's starting weights come from (never downloaded).
+
+    ``none``: random initialisation; ``file``: a weights or model file on the edge server;
+    ``deployed``: the model the line's edge last deployed for the brand; ``base_model``: the
+    registry version the task names as its ``base_model`` (fetched from the cloud when the
+    edge does not have it, possibly one trained on another line).
+    """
+
+    source: Literal["none", "file", "deployed", "base_model"] = Field(
+        default="none", description="none | file (path on the edge) | deployed (the line's current model) | "
+                                    "base_model (the registry version the task names)")
     path: str | None = Field(default=None, description="local weights file when source=file")
 
     @model_validator(mode="after")

@@ -216,3 +216,15 @@ def test_invalid_config_inside_a_command_is_a_message_error() -> None:
     with pytest.raises(MessageError, match="bad TrainCommand body: config: Value error, fine_tune needs"):
         decode(json.dumps(env).encode(), allowed=("TrainCommand",))
     assert isinstance(example_body("TrainCommand"), TrainCommand)
+
+
+@pytest.mark.parametrize("base_model", [None, "", "v3", "A" * 64])
+def test_a_command_starting_from_a_base_model_names_its_sha256(base_model: str | None) -> None:
+    env = example_envelope("TrainCommand")
+    env["body"]["config"]["pretrained"] = {"source": "base_model"}
+    env["body"]["base_model"] = base_model
+    with pytest.raises(MessageError, match="pretrained.source 'base_model' needs base_model: the sha256 of the "
+                                           "registry model to start from"):
+        decode(json.dumps(env).encode(), allowed=("TrainCommand",))
+    env["body"]["base_model"] = "ab" * 32
+    assert decode(json.dumps(env).encode(), allowed=("TrainCommand",)).body.base_model == "ab" * 32

@@ -50,14 +50,18 @@ def test_scenario(mode: str, tmp_path: Path) -> None:
         report = run_scenario(f, ScenarioSettings(min_inspected=600), out=lines.append)
     print("\n".join(lines))
     names = [name for name, _ in report.timings]
-    assert len(names) == 7, names
-    line1, line2 = report.facts["line1_model"], report.facts["line2_model"]
+    assert len(names) == 8, names
+    line1, base, line2 = report.facts["line1_model"], report.facts["base_model"], report.facts["line2_model"]
     assert line1["line"] == "plant1/line1" and line1["gate_state"] in ("approved", "rejected")
     assert line1["gate_state"] == "approved" or line1["gate_reasons"]
+    assert base["line"] == "plant1/line1" and base["lineage"]["training_config"]["pretrained"]["source"] == "file"
     assert line2["line"] == "plant1/line2" and line2["gate_state"] in ("approved", "rejected")
     cfg = line2["lineage"]["training_config"]
     assert cfg["architecture"] == "mobilenet_v2" and cfg["alpha"] == 0.35 and cfg["fine_tune"]["enabled"]
-    assert cfg["pretrained"]["source"] == "file"
+    # line 2 fine-tuned line 1's MobileNetV2: its edge fetched it from the registry (it never had it)
+    assert cfg["pretrained"]["source"] == "base_model" and line2["lineage"]["parent"]["id"] == base["id"]
+    assert line2["lineage"]["base_model"] == base["sha256"] != line2["sha256"]
+    assert report.facts["started_from"]["line2"] == {"source": "base_model", "sha256": base["sha256"], "fetched": True}
     assert not alive(pids), "processes left running after stop()"
     if mode == "external":
         assert database and not database_exists(DEFAULT_PG_ADMIN, database)

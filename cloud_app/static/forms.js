@@ -11,7 +11,8 @@
       if (!mine) { Array.prototype.forEach.call(row.querySelectorAll("input"), function (i) { i.checked = false; }); }
     });
     Array.prototype.forEach.call(form.querySelectorAll("[data-version-select] option[data-line]"), function (o) {
-      var fits = (!lineKey || o.getAttribute("data-line") === lineKey) && (!brandName || o.getAttribute("data-brand") === brandName);
+      var anyLine = o.parentNode.getAttribute("data-version-select") === "any-line";  /* a base model may come from another line */
+      var fits = (anyLine || !lineKey || o.getAttribute("data-line") === lineKey) && (!brandName || o.getAttribute("data-brand") === brandName);
       o.hidden = !fits; o.disabled = !fits;
       if (!fits && o.selected) { o.parentNode.value = ""; }
     });

@@ -313,3 +313,51 @@ def test_ingest_is_idempotent_and_orders_by_the_edges_clock(db: Database) -> Non
         lines = queries.fleet(s)[0]["lines"]
         assert (lines[0]["edge"]["online"], lines[0]["edge"]["reason"]) == (False, "lost")
         assert lines[2]["key"] == "s1/l3" and not lines[2]["configured"] and lines[2]["detectors"][0]["online"]
+
+
+def test_a_train_task_starts_from_a_base_model_of_any_line_that_fits(db: Database, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    v1 = _register(db, store, tmp_path, 1.0, 0.9)  # line s1/l1, brandA
+    with db.session() as s:
+        s.get(ModelVersion, v1).training_config = {**TRAIN_CONFIG, "architecture": "small_cnn"}  # type: ignore
+        sha = s.get(ModelVersion, v1).sha256  # type: ignore[union-attr]
+    ok = dict(line="s1/l2", brand="brandA", detectors=["d1"], config=TRAIN_CONFIG, user="alice")
+    with db.session() as s:  # another line's version: the task's config now says where its weights come from
+        task = services.create_train_task(s, **ok, base_model=v1)
+        assert task.base_model == sha and task.config["pretrained"] == {"source": "base_model", "path": None}
+        task = services.create_train_task(s, **{**ok, "config": {**TRAIN_CONFIG, "pretrained": {
+            "source": "base_model"}}}, base_model=sha)
+        assert task.base_model == sha and task.config["pretrained"]["source"] == "base_model"
+    mobilenet = {**TRAIN_CONFIG, "architecture": "mobilenet_v2", "alpha": 0.35, "input_size": 32}
+    cases = [
+        ({"config": {**TRAIN_CONFIG, "pretrained": {"source": "base_model"}}},
+         "pretrained.source 'base_model' needs base_model: the registry version to start from"),
+        ({"base_model": v1, "config": {**TRAIN_CONFIG, "pretrained": {"source": "deployed"}}},
+         f"the task starts from model version {v1}, but pretrained.source is 'deployed': leave it 'none' or set "
+         "'base_model'"),
+        ({"base_model": v1, "config": mobilenet},
+         f"model version {v1} (v1 of s1/l1) is a small_cnn; its weights cannot start a mobilenet_v2 alpha 0.35"),
+    ]
+    for change, message in cases:
+        with pytest.raises(Invalid) as err, db.session() as s:
+            services.create_train_task(s, **{**ok, **change})
+        assert err.value.fields == {"base_model": message}  # type: ignore[attr-defined]
+
+
+def test_the_fleet_view_takes_the_same_few_queries_whatever_the_plant_size(db: Database) -> None:
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        with db.session(readonly=True) as s:
+            fleet = queries.fleet(s)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    detectors = [d for site in fleet for ln in site["lines"] for d in ln["detectors"]]
+    assert len(detectors) == 3 and all("models" in d for d in detectors)
+    selects = [st for st in statements if st.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 4, selects  # sites, lines, nodes, detector models: not one per line or per node

@@ -100,3 +100,35 @@ def test_worker_and_listener_processes_run_a_task(processes: tuple[Path, Any]) -
 def _state(backend: Backend, task_id: str) -> str:
     with backend.db.session(readonly=True) as s:
         return str(queries.task_detail(s, task_id)["state"])
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path: Path, embedded_broker: Any) -> None:
+    import time
+    import urllib.request
+
+    from broker.harness import free_port
+
+    path = write_config(tmp_path, embedded_broker)
+    assert cli("--config", str(path), "migrate").returncode == 0
+    port = free_port()
+    env = {**os.environ, "FAB_MQTT_PASSWORD": embedded_broker.users[CLOUD], "FAB_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen([sys.executable, "-m", "cloud_app", "--config", str(path), "serve", "--port", str(port)],
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while status is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as resp:
+                    status = resp.status
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out  # not -15: the server stopped, the app closed its connections
+    assert f"serving on http://127.0.0.1:{port}" in out and out.rstrip().endswith("stopped"), out

@@ -89,23 +89,23 @@ def test_export_runs_in_litert_and_matches_keras(trained: tuple[TrainResult, Tra
 
     # incremental training: the deployed bundle's base and head are the new model's starting point
     incremental = config(pretrained={"source": "deployed"})
-    model = build_model(incremental, deployed=exported.path)
+    model = build_model(incremental, start_from=exported.path)
     for name in ("base", "predictions"):
         for a, b in zip(model.get_layer(name).get_weights(), result.model.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
     # other classes: the base is reused, the head is new
-    other = build_model(config(classes=["good", "spot"], pretrained={"source": "deployed"}), deployed=exported.path)
+    other = build_model(config(classes=["good", "spot"], pretrained={"source": "deployed"}), start_from=exported.path)
     np.testing.assert_array_equal(other.get_layer("base").get_weights()[0],
                                   result.model.get_layer("base").get_weights()[0])
     assert other.get_layer("predictions").get_weights()[0].shape == (64, 2)
     # a deployed model of another architecture, a damaged bundle: refused with the reason
     with pytest.raises(InvalidTrainingConfig, match=rf"pretrained model {exported.path} is a small_cnn, the "
                                                     r"training config asks for mobilenet_v2"):
-        build_model(config(architecture="mobilenet_v2", pretrained={"source": "deployed"}), deployed=exported.path)
+        build_model(config(architecture="mobilenet_v2", pretrained={"source": "deployed"}), start_from=exported.path)
     damaged = tmp_path / "damaged.zip"
     damaged.write_bytes(exported.path.read_bytes()[:1000])
     with pytest.raises(InvalidTrainingConfig, match=rf"pretrained model: {damaged}: truncated zip archive"):
-        build_model(incremental, deployed=damaged)
+        build_model(incremental, start_from=damaged)
 
 
 def test_cancel_stops_within_one_batch(small_data: Dataset, tmp_path: Path) -> None:
