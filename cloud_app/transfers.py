@@ -20,7 +20,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from fabbus.client import BusClient, ReceivedMessage
 from fabbus.messages import ChunkRequest, ModelManifest, TransferResult
@@ -28,10 +28,12 @@ from fabbus.transfer import Receiver, Sender, TransferError, TransferStatus, bus
 
 from cloud_app.errors import CloudError
 from cloud_app.fleet import discover_node, find_line
-from cloud_app.models import Line, ModelVersion
+from cloud_app.models import Line, ModelVersion, Task
 from cloud_app.registry import register_upload
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from cloud_app.backend import Backend
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,23 @@ class Uploads:
             self._thread.join()
 
 
+def fetchable_version(s: Session, line: str, model: str) -> ModelVersion:
+    """The registry version of ``model`` that line ``line``'s edge may fetch: one registered for that line,
+    or another line's that one of this line's tasks names (a deployment's version, a training's
+    base_model). Models stay within the lines that use them; anything else is a CloudError."""
+    rows = list(s.scalars(select(ModelVersion).where(ModelVersion.sha256 == model).order_by(ModelVersion.id)))
+    if not rows:
+        raise CloudError(f"unknown model {model!r}: not in the registry")
+    mine = next((r for r in rows if r.line.key == line), None)
+    if mine is not None:
+        return mine
+    named = s.scalar(select(Task.id).join(Line, Task.line_id == Line.id).where(
+        Line.key == line, or_(Task.base_model == model, Task.model_version_id.in_([r.id for r in rows]))).limit(1))
+    if named is None:
+        raise CloudError(f"model {model!r} is not line {line}'s: no task of that line names it")
+    return rows[0]
+
+
 class Fetches:
     def __init__(self, backend: Backend, bus: BusClient) -> None:
         self.backend, self.bus = backend, bus
@@ -194,10 +213,7 @@ class Fetches:
     def _sender(self, key: Key) -> Sender:
         site, line, model = key
         with self.backend.db.session(readonly=True) as s:
-            rows = list(s.scalars(select(ModelVersion).where(ModelVersion.sha256 == model).order_by(ModelVersion.id)))
-            mv = next((r for r in rows if r.line.key == f"{site}/{line}"), rows[0] if rows else None)
-            if mv is None:
-                raise CloudError(f"unknown model {model!r}: not in the registry")
+            mv = fetchable_version(s, f"{site}/{line}", model)
             path = self.backend.store.abspath(mv.path)
             if not path.is_file():
                 raise CloudError(f"model {model!r} is registered but its file is missing")

@@ -153,6 +153,6 @@ class Fetches:
             got = manifest.sha256 if manifest else "?"
             status.path.unlink(missing_ok=True)
             raise FetchFailed(f"the cloud sent model {model[:16]}... with sha256 {got[:16]}..., "
-                              f"the deploy command names {sha256[:16]}...")
+                              f"the task names {sha256[:16]}...")
         log.info("model %s fetched from the cloud (%s bytes)", model[:16], manifest.size)
         return status.path

@@ -18,7 +18,7 @@ from cloud_app import queries
 from cloud_app.models import ModelVersion, Task
 from fabbus.client import BusClient, ReceivedMessage
 from fabbus.messages import (ActiveModel, ChunkRequest, DeliveryStatus, DeployCommand, DeploymentProgress,
-                             DetectorDeployment, DetectorStatus, TransferResult)
+                             DetectorDeployment, DetectorStatus, ModelManifest, TransferResult)
 from fabbus.model_bundle import sha256_file
 from fabbus.transfer import Receiver, make_manifest
 from helpers import DET_L1_D1
@@ -158,3 +158,28 @@ def test_edge_fetches_a_registered_model_and_is_refused_an_unknown_one(env: Env,
     assert refusals[0].state == "REJECTED" and "unknown model" in refusals[0].reason
     with cloud.db.session(readonly=True) as s:
         assert s.query(Task).count() == 0 and s.query(ModelVersion).count() == 1
+
+
+@pytest.mark.parametrize("env", HALF, indirect=True, ids=ids(HALF))
+def test_another_lines_model_is_fetched_only_when_a_task_of_the_line_names_it(env: Env, parts: Any,
+                                                                               tmp_path: Path) -> None:
+    cloud, _, uploader = parts
+    bundle = make_bundle(tmp_path / "l1.bundle", tag=8.0)
+    assert uploader.upload(bundle, "up-l1", metrics=metrics(0.9), training_config=TRAIN_CONFIG).version == 1
+    sha, vid = sha256_file(bundle), version_id(cloud, 1)
+    answers: list[Any] = []
+    with SimEdge(env.broker, line="l2", answer=None) as l2:
+        l2.client.subscribe("model_fetch_manifest", lambda rm: answers.append(rm.body)).wait(5)
+        l2.client.publish("model_fetch_request", ChunkRequest(model=sha), model=sha).wait(5)
+        wait_until(lambda: answers, what="an answer to line 2's fetch")
+        assert isinstance(answers[0], TransferResult) and answers[0].state == "REJECTED"
+        assert answers[0].reason == f"model {sha!r} is not line s1/l2's: no task of that line names it"
+
+        # a training task of line 2 that starts from it: now line 2's edge may fetch it
+        cloud.backend.create_train_task(line="s1/l2", brand="brandA", detectors=["d1"], config=TRAIN_CONFIG,
+                                        user="alice", base_model=vid)
+        answers.clear()
+        l2.client.publish("model_fetch_request", ChunkRequest(model=sha), model=sha).wait(5)
+        manifest = wait_until(lambda: next((a for a in answers if isinstance(a, ModelManifest)), None),
+                              what="the manifest")
+        assert manifest.sha256 == sha and manifest.version == 1
